@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from p2pdma.fabric.bdf import Bdf
 from p2pdma.fabric.model import (
@@ -82,7 +83,7 @@ class FabricBuilder:
         self._hbs.append(hb)
         self._next_bus[domain] = max(self._next_bus.get(domain, 0), bus + 1)
         base = mmio_base if mmio_base is not None else (
-            0x40_0000_0000 + (len(self._hbs) - 1) * 0x10_0000_0000)
+            0x400_0000_0000 + (len(self._hbs) - 1) * 0x100_0000_0000)
         self._mmio[(domain, bus)] = base
         if first is not None:
             self.add(
@@ -99,7 +100,7 @@ class FabricBuilder:
 
     def add(self, bdf: Bdf, *, vendor: int, device: int, class_code: int,
             parent: Bdf | None = None, bars: list[tuple[int, int]] | None = None,
-            **kw: object) -> Bdf:
+            **kw: Any) -> Bdf:
         """Add one function.  ``bars`` is a list of (index, size): addresses are assigned."""
         if bdf in self._nodes:
             raise ValueError(f"{bdf} added twice")
@@ -116,7 +117,7 @@ class FabricBuilder:
             kw["iommu_group"] = self._iommu_group
             self._iommu_group += 1
         func = PciFunction(bdf=bdf, vendor=vendor, device=device, class_code=class_code,
-                           parent=parent, bars=tuple(assigned), **kw)  # type: ignore[arg-type]
+                           parent=parent, bars=tuple(assigned), **kw)
         self._nodes[bdf] = _Node(func)
         if parent is not None:
             self._nodes[parent].children.append(bdf)
@@ -151,7 +152,7 @@ class FabricBuilder:
 
     def _bridge(self, parent: Bdf | None, bdf: Bdf, *, vendor: int, device: int,
                 port_type: PortType, acs_cap: int | None, acs_ctrl: int,
-                link: Link | None, **kw: object) -> Bdf:
+                link: Link | None, **kw: Any) -> Bdf:
         acs = Acs(ACS_OFFSET, acs_cap, acs_ctrl) if acs_cap is not None else None
         sec = self._new_bus(bdf.domain)
         self.add(bdf, vendor=vendor, device=device, class_code=0x060400, parent=parent,
@@ -163,7 +164,7 @@ class FabricBuilder:
 
     def root_port(self, hb: HostBridge, *, dev: int | None = None, fn: int = 0,
                   vendor: int = 0x8086, device: int = 0x347A, acs_cap: int | None = 0x005F,
-                  acs_ctrl: int = 0, link: Link | None = None, **kw: object) -> Bdf:
+                  acs_ctrl: int = 0, link: Link | None = None, **kw: Any) -> Bdf:
         if dev is None:
             dev, _ = self._free_devfn(hb.domain, hb.bus, start=1)
         return self._bridge(None, Bdf(hb.domain, hb.bus, dev, fn), vendor=vendor, device=device,
@@ -193,7 +194,7 @@ class FabricBuilder:
                  class_code: int = 0x010802, fn: int = 0, dev: int | None = None,
                  bars: list[tuple[int, int]] | None = None, driver: str | None = None,
                  link: Link | None = None, port_type: PortType | None = None,
-                 **kw: object) -> Bdf:
+                 **kw: Any) -> Bdf:
         """An endpoint below a port (or on a root bus: RC-integrated)."""
         if isinstance(port, HostBridge):
             if dev is None:
@@ -218,7 +219,7 @@ class FabricBuilder:
              cmb_offset: int = 0, wds: bool = True, rds: bool = True,
              registered: bool | None = None, published: bool | None = None,
              allocate: bool = True, sq_in_cmb: int = 0, fn: int = 0,
-             vendor: int = 0x1B36, device: int = 0x0010, **kw: object) -> Bdf:
+             vendor: int = 0x1B36, device: int = 0x0010, **kw: Any) -> Bdf:
         """An NVMe controller; with ``cmb_size`` a CMB in ``cmb_bar`` and (by default)
         the p2pmem state the Linux driver would create for it."""
         name = f"nvme{self._nvme_count}"
@@ -250,9 +251,9 @@ class FabricBuilder:
             node.func, p2pmem=P2PMem(size=size, available=size if available is None else available,
                                      published=published, allocate=allocate))
 
-    def update(self, bdf: Bdf, **changes: object) -> None:
+    def update(self, bdf: Bdf, **changes: Any) -> None:
         node = self._nodes[bdf]
-        node.func = dataclasses.replace(node.func, **changes)  # type: ignore[arg-type]
+        node.func = dataclasses.replace(node.func, **changes)
 
     def mark_multifunction(self, bdf: Bdf) -> None:
         self.update(bdf, multifunction=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -542,7 +543,18 @@ class Fabric:
                 )
         for f in self.functions:
             self.root_of(f.bdf)  # detects loops
+        self._check_bar_overlaps(where)
         return self
+
+    def _check_bar_overlaps(self, where: str | None) -> None:
+        ranges = sorted((b.start, b.end, f.bdf, b.index) for f in self.functions
+                        for b in f.bars if b.is_memory and b.size > 0)
+        for (s1, e1, d1, i1), (s2, e2, d2, i2) in itertools.pairwise(ranges):
+            if s2 <= e1:
+                raise InputError(
+                    f"memory BAR{i2} of {d2} ({s2:#x}-{e2:#x}) overlaps BAR{i1} of {d1} "
+                    f"({s1:#x}-{e1:#x})",
+                    where=where, hint="give every memory BAR its own CPU address range")
 
     # -- what-if edits -----------------------------------------------------
 

@@ -352,7 +352,8 @@ def fabric_from_dict(data: Mapping[str, Any], *, origin: str = "<fabric>") -> Fa
                  {"format", "description", "host", "host_bridge", "function"})
     fmt = top.get("format", FORMAT)
     if fmt != FORMAT:
-        raise ctx.err("format", f"unsupported format {fmt!r}", hint=f'this version reads "{FORMAT}"')
+        raise ctx.err("format", f"unsupported format {fmt!r}",
+                      hint=f'this version reads "{FORMAT}"')
     host = _host(top.get("host", {}), ctx)
     hbs_raw = top.get("host_bridge", [])
     if not isinstance(hbs_raw, list):

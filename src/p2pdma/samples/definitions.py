@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from p2pdma.fabric.builder import FabricBuilder
-from p2pdma.fabric.model import Fabric, HostContext, IommuMode, Link
+from p2pdma.fabric.model import Fabric, HostContext, IommuMode, Link, PortType
 
 GEN4_X16 = Link(16.0, 16, 16.0, 16)
 GEN4_X4 = Link(16.0, 4, 16.0, 4)
@@ -38,7 +38,7 @@ def xeon_2s() -> Fabric:
         if bus == 0x30:
             b.nvme(rp, vendor=0x144D, device=0xA824, cmb_size=0, link=GEN4_X4, numa_node=socket)
             continue
-        usp, dsps = b.switch(rp, ports=4 if bus == 0x16 else 2, vendor=0x1000, device=0xC010,
+        _usp, dsps = b.switch(rp, ports=4 if bus == 0x16 else 2, vendor=0x1000, device=0xC010,
                              acs_ctrl=IOMMU_ACS, link=GEN4_X16)
         b.nvme(dsps[0], vendor=0x1DE5, device=0x3000, cmb_size=256 << 20, cmb_bar=4,
                sq_in_cmb=128 << 10, link=GEN4_X4, numa_node=socket)
@@ -107,7 +107,7 @@ def qemu_q35() -> Fabric:
                                   cpu_model=107, iommu=IommuMode.OFF, p2pdma_config=True,
                                   privileged=True),
                       origin="sample:qemu-q35")
-    hb = b.host_bridge(bus=0, first=(0x8086, 0x29C0), first_type=_not_pcie())
+    hb = b.host_bridge(bus=0, first=(0x8086, 0x29C0), first_type=PortType.NOT_PCIE)
     link = Link(2.5, 1, 2.5, 1)
     rp1 = b.root_port(hb, dev=2, vendor=0x1B36, device=0x000C, acs_cap=0x005F, link=link)
     _usp, dsps = b.switch(rp1, ports=2, vendor=0x104C, device=0x8232, acs_cap=None, link=link)
@@ -120,12 +120,6 @@ def qemu_q35() -> Fabric:
     b.nvme(rp2, cmb_size=64 << 20, sq_in_cmb=128 << 10, link=link)
     b.nvme(hb, dev=4, cmb_size=0)
     return b.build()
-
-
-def _not_pcie():  # type: ignore[no-untyped-def]
-    from p2pdma.fabric.model import PortType
-
-    return PortType.NOT_PCIE
 
 
 DEFINITIONS: dict[str, Callable[[], Fabric]] = {

@@ -1,0 +1,3 @@
+from p2pdma.cli.main import entry
+
+entry()
