@@ -18,7 +18,7 @@ from p2pdma.errors import P2PDMAError
 
 # Each module registers one subcommand; order is the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
-    "topo", "check", "matrix", "find", "explain",      # inspect
+    "report", "topo", "check", "matrix", "find", "explain",      # inspect
     "alloc", "copy", "bench",                          # use (real kernel)
     "emulate",                                         # emulate
     "gather", "synth", "samples", "oracle",            # capture and tooling

@@ -23,7 +23,10 @@ IOMMU_ACS = 0x001D  # SV|RR|CR|UF: what Linux sets on ACS-capable ports with an 
 
 
 def xeon_2s() -> Fabric:
-    b = FabricBuilder(HostContext(kernel_release="6.12.48", cmdline="intel_iommu=on",
+    # Socket 1's switch ports had ACS redirect turned off on the command line (6.12
+    # semantics, spec §13.2: the firmware value with RR|CR|EC cleared -> 0x0000).
+    cmdline = "intel_iommu=on pci=disable_acs_redir=0000:82:00.0;0000:82:01.0"
+    b = FabricBuilder(HostContext(kernel_release="6.12.48", cmdline=cmdline,
                                   arch="x86_64", cpu_vendor="GenuineIntel", cpu_family=6,
                                   cpu_model=106, iommu=IommuMode.TRANSLATED,
                                   iommu_driver="dmar", p2pdma_config=True, privileged=True),
@@ -39,7 +42,7 @@ def xeon_2s() -> Fabric:
             b.nvme(rp, vendor=0x144D, device=0xA824, cmb_size=0, link=GEN4_X4, numa_node=socket)
             continue
         _usp, dsps = b.switch(rp, ports=4 if bus == 0x16 else 2, vendor=0x1000, device=0xC010,
-                             acs_ctrl=IOMMU_ACS, link=GEN4_X16)
+                             acs_ctrl=IOMMU_ACS if bus == 0x16 else 0, link=GEN4_X16)
         b.nvme(dsps[0], vendor=0x1DE5, device=0x3000, cmb_size=256 << 20, cmb_bar=4,
                sq_in_cmb=128 << 10, link=GEN4_X4, numa_node=socket)
         nic_port = dsps[1]
