@@ -148,9 +148,8 @@ class Traffic:
 
 
 def _mapping(backing: MemoryBacking) -> Any:
-    # The backing's whole-file mapping (created on first touch).  Callers hold
-    # backing.lock, so the mapping cannot be closed under the copy.
-    return backing._mapping()
+    # Callers hold backing.lock (see MemoryBacking.mapping_locked).
+    return backing.mapping_locked()
 
 
 class DmaEngine:

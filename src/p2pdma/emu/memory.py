@@ -45,7 +45,10 @@ class MemoryBacking:
         # a copy can never run against a mapping that is being closed.
         self.lock = threading.Lock()
 
-    def _mapping(self) -> mmap.mmap:
+    def mapping_locked(self) -> mmap.mmap:
+        """The whole-file mapping (created on first touch).  The caller must hold
+        ``self.lock`` for as long as it uses the result: close() takes the same lock,
+        so a copy can never run against a mapping being closed."""
         if self._closed:
             raise kerr("ENODEV", f"memory of {self.name} is gone (device removed)",
                        hint="the device was hot-unplugged; re-add it to use this memory")
@@ -62,12 +65,12 @@ class MemoryBacking:
     def read(self, offset: int, length: int) -> bytes:
         self._check(offset, length)
         with self.lock:
-            return self._mapping()[offset:offset + length]
+            return self.mapping_locked()[offset:offset + length]
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self._check(offset, len(data))
         with self.lock:
-            self._mapping()[offset:offset + len(data)] = data
+            self.mapping_locked()[offset:offset + len(data)] = data
 
     def map_range(self, offset: int, length: int) -> mmap.mmap:
         """A fresh MAP_SHARED mapping of ``[offset, offset+length)`` of the file."""
