@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             held = time.monotonic() - t0
     data = _result(buf, origin, check, held)
     if args.json:
-        emit_json(data)
+        emit_json({"schema": "p2pdma-alloc/1", **data})
     else:
         for line in _format(buf, data, origin, check):
             print(line)

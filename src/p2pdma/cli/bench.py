@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
     if args.json:
-        emit_json(report.to_json())
+        emit_json({"schema": "p2pdma-bench/1", **report.to_json()})
     else:
         for line in format_bench(report):
             print(line)

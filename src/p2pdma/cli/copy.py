@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         lambda prog: run_copy(req, progress=prog, on_predictions=on_pred),
     )
     if args.json:
-        emit_json(report.to_json())
+        emit_json({"schema": "p2pdma-copy/1", **report.to_json()})
     else:
         for line in format_report(report, args.src, args.dst):
             print(line)

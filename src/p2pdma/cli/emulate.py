@@ -166,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
     pred_bounce = prediction_for(fabric, bounce, platform, args.net) if bounce else None
     ok = p2p.verified and (bounce is None or bounce.verified)
     if args.json:
-        emit_json(to_json(fabric, p2p, bounce, pred_p2p, pred_bounce))
+        emit_json({"schema": "p2pdma-emulate/1",
+                   **to_json(fabric, p2p, bounce, pred_p2p, pred_bounce)})
     else:
         print(render_text(args, fabric, p2p, bounce, pred_p2p, pred_bounce))
     return 0 if ok else 1
