@@ -24,8 +24,9 @@ def load_fabric_file(path: str | Path) -> Fabric:
                                   where=str(p))
         raw = p.read_bytes()
     except FileNotFoundError:
-        raise FabricFileError("no such file", where=str(p),
-                              hint="give the path of a TOML fabric file, or --sample NAME") from None
+        raise FabricFileError(
+            "no such file", where=str(p),
+            hint="give the path of a TOML fabric file, or --sample NAME") from None
     except IsADirectoryError:
         raise FabricFileError("is a directory, not a fabric file", where=str(p),
                               hint="to read a sysfs tree use --root DIR") from None
