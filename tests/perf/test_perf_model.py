@@ -9,8 +9,8 @@ import pytest
 from p2pdma.fabric.bdf import Bdf
 from p2pdma.fabric.builder import FabricBuilder
 from p2pdma.fabric.model import Fabric, HostContext, Link
-from p2pdma.perf import HOST, Leg, Platform, Route, TlpParams, Transfer, link_bytes_per_s, predict
 from p2pdma.fabric.paths import common_bridge, segments
+from p2pdma.perf import HOST, Leg, Platform, Route, TlpParams, Transfer, link_bytes_per_s, predict
 
 GEN4_X4 = Link(16.0, 4, 16.0, 4)
 GEN4_X16 = Link(16.0, 16, 16.0, 16)
