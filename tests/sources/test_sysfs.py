@@ -121,6 +121,7 @@ def corrupt(root: Path, bdf: str, name: str, data: bytes) -> Path:
     ("resource", b"0x1 0x2\n", "three hex numbers"),
     ("resource", b"0x1000 0x10 0x200\n", "before start"),
     ("max_link_speed", b"fast\n", "link speed"),
+    ("max_link_width", b"40\n", "is not a PCIe width"),
     ("config", b"\x00" * 10, "64-byte header"),
     ("config", b"\x00" * 5000, "larger than"),
     ("p2pmem/published", b"2\n", "out of range"),
@@ -135,6 +136,16 @@ def test_malformed_values_name_the_file(xeon: tuple[Fabric, Path], name: str, da
     assert needle in str(ei.value)
     assert ei.value.where is not None and ei.value.where.endswith(name)
     assert str(nvme.bdf) in ei.value.where and p.exists()
+
+
+def test_link_width_255_is_the_kernels_unknown(xeon: tuple[Fabric, Path]) -> None:
+    # A real 6.12 kernel shows 255 (PCIE_LNK_WIDTH_UNKNOWN) for untrained links.
+    f, root = xeon
+    nvme = next(x for x in f.functions if x.nvme and x.p2pmem)
+    corrupt(root, str(nvme.bdf), "max_link_width", b"255\n")
+    got = read_sysfs(root).get(nvme.bdf).link
+    assert got is not None and got.max_width is None
+    assert nvme.link is not None and got.width == nvme.link.width
 
 
 def test_malformed_cmb_and_cpuinfo(xeon: tuple[Fabric, Path]) -> None:

@@ -378,7 +378,17 @@ class _Reader:
 
     def link(self, d: str, entries: set[str]) -> Link | None:
         def width(name: str) -> int | None:
-            return self.intattr(f"{d}/{name}", 0, 64) if name in entries else None
+            if name not in entries:
+                return None
+            w = self.intattr(f"{d}/{name}", 0, 255)
+            # 0xff is the kernel's PCIE_LNK_WIDTH_UNKNOWN (e.g. a root port with no
+            # link trained, as a real 6.12 kernel shows under QEMU): unknown, not bad.
+            if w == 0xFF:
+                return None
+            if w is not None and w > 32:
+                raise self.err(f"{d}/{name}", f"link width {w} is not a PCIe width",
+                               hint="PCIe widths are 1..32 lanes (255 = unknown)")
+            return w
 
         def spd(name: str) -> float | None:
             return self.speed(f"{d}/{name}") if name in entries else None
