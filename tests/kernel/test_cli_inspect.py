@@ -128,7 +128,7 @@ def test_explain(tmp_path: Path, capsys: Any) -> None:
     assert rc == 1
     assert "switch downstream port; ACS ctrl 0x001d (SV|RR|CR|UF)  <- redirects" in out
     assert "pci=disable_acs_redir=0000:02:00.0;0000:02:01.0" in out
-    assert "pci=config_acs=0010001@0000:02:00.0;0010001@0000:02:01.0" in out
+    assert "pci=config_acs=x0100x1@0000:02:00.0;x0100x1@0000:02:01.0" in out
     assert "unsafe" in out
     rc, d = run_json(explain, ns(p, provider="nvme0", client="nvme1", cpu="amd:0x19"), capsys)
     assert rc == 0 and d["map_type"] == "THRU_HOST_BRIDGE"

@@ -35,7 +35,7 @@ def test_acs_fixes_per_profile() -> None:
     f = topology_t(dsp_ctrl={0: 0x1D, 1: 0x0C})
     _, new = ex(f, "6.11", A, B)
     assert new.disable_acs_redir == "0000:02:00.0;0000:02:01.0"
-    assert new.config_acs == "0010001@0000:02:00.0;0000000@0000:02:01.0"
+    assert new.config_acs == "x0100x1@0000:02:00.0;x0x00xx@0000:02:01.0"
     assert new.setpci == ("setpci -s 0000:02:00.0 ECAP_ACS+6.w=0000:002c",
                           "setpci -s 0000:02:01.0 ECAP_ACS+6.w=0000:002c")
     _, old = ex(f, "6.2", A, B)
@@ -45,8 +45,11 @@ def test_acs_fixes_per_profile() -> None:
 
 
 def test_config_acs_flags() -> None:
-    assert config_acs_flags(0x001D, 0x005F) == "0010001"
-    assert config_acs_flags(0x0000, 0x001D) == "x0000x0"  # TB, DT unsupported: x
+    # x for every bit the fix need not change; SV/UF pinned to 1 only while the IOMMU
+    # may have set them (x would restore the firmware value, §13.3)
+    assert config_acs_flags(0x001D, 0x005F) == "x0100x1"
+    assert config_acs_flags(0x001D, 0x005F, False) == "x0x00xx"
+    assert config_acs_flags(0x0000, 0x001D) == "x0x00xx"
 
 
 def test_risks_unsafe_vs_slow() -> None:

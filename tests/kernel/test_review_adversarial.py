@@ -279,9 +279,6 @@ def test_v52_cross_rc_bias_and_v420_acs_minus_two() -> None:
                                   verbose=False).map_type is MapType.NOT_SUPPORTED
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: v5.3 with an unknown IOMMU state returns a "
-                   "confident NOT_SUPPORTED for a whitelisted AMD 1022:1450 cross-RC pair "
-                   "(THRU_HOST_BRIDGE if no IOMMU); it should be UNKNOWN")
 def test_v53_unknown_iommu_is_not_confident() -> None:
     host = HostContext(kernel_release="5.3", arch="x86_64", cpu_vendor="AuthenticAMD",
                        cpu_family=0x17, iommu=None)
@@ -345,16 +342,10 @@ def test_unknown_acs_map_type_is_unknown() -> None:
     assert set(r.possible) == {MapType.BUS_ADDR, MapType.THRU_HOST_BRIDGE}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: distance_many returns None (unknown) although "
-                   "both possibilities (BUS_ADDR/THRU_HOST_BRIDGE) are supported with dist 2: "
-                   "the kernel's return is certainly 2")
 def test_distance_many_certain_when_every_possibility_supported() -> None:
     assert distance_many(_unknown_dsp0(), P, A, [A1], verbose=False).distance == 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: find_many drops providers whose map type is "
-                   "unknown but whose distance is certain, and picks a farther provider "
-                   "(05:00.0, distance 6) instead of 03:00.0 (certainly distance 2)")
 def test_find_many_does_not_pick_a_farther_provider_on_unknown_acs() -> None:
     r = find_many(_unknown_dsp0(), P, [A1], rng=random.Random(0))
     assert r.choice == A and r.best == 2
@@ -368,10 +359,6 @@ def _ns(path: Path, **kw: Any) -> argparse.Namespace:
     return argparse.Namespace(**base)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `find` reports NULL (exit 1) when every "
-                   "candidate's map type is unknown; the kernel certainly returns a provider "
-                   "here (all possibilities supported), and an unknown must never be reported "
-                   "as a confident NULL")
 def test_find_cli_no_confident_null_on_unknown(tmp_path: Path, capsys: Any) -> None:
     f = topology_t(hb_id=(0x8086, 0x09A2)).replace_function(
         DSP0, acs=None, acs_unknown="captured without root")
@@ -382,8 +369,6 @@ def test_find_cli_no_confident_null_on_unknown(tmp_path: Path, capsys: Any) -> N
     assert rc != 1 or out["choice"] is not None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `check` text for an UNKNOWN verdict still says "
-                   "'No device on the path redirects ... (BUS_ADDR ...)' (the assume-off branch)")
 def test_check_text_does_not_claim_no_redirect_when_unknown(tmp_path: Path,
                                                              capsys: Any) -> None:
     path = tmp_path / "u.toml"
@@ -464,9 +449,6 @@ def test_config_acs_beats_disable_acs_redir() -> None:
     assert _ctrl(g, DSP0) == 0x0004
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: config_acs asking for a bit the port lacks (EC "
-                   "on cap 0x005f) is dropped whole ('not applied'); the kernel has no "
-                   "capability check, writes 0x0024 and the port keeps RR (reads 0x0004)")
 def test_config_acs_unsupported_bit_still_sets_supported_ones() -> None:
     f = topology_t(host=HOST_OFF)
     g, _ = apply_whatif(f, WhatIf(cmdline="pci=config_acs=0100100@0000:02:00.0"))
@@ -474,8 +456,6 @@ def test_config_acs_unsupported_bit_still_sets_supported_ones() -> None:
     assert calc_map_type_and_dist(g, P, A, A1, verbose=False).map_type is MapType.NOT_SUPPORTED
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: __pci_config_acs stops at the first entry that "
-                   "matches a device; the model applies every matching entry (last wins)")
 def test_config_acs_first_matching_entry_wins() -> None:
     f = topology_t(host=HOST_OFF)
     g, _ = apply_whatif(f, WhatIf(
@@ -483,18 +463,12 @@ def test_config_acs_first_matching_entry_wins() -> None:
     assert _ctrl(g, DSP0) == 0x0000
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a config_acs flag string with a 0/1 beyond bit 6 "
-                   "is rejected by the kernel ('Invalid ACS flags specified', nothing "
-                   "applied); the model applies it")
 def test_config_acs_eight_flag_chars_rejected() -> None:
     f = topology_t(host=HOST_OFF)
     g, _ = apply_whatif(f, WhatIf(cmdline="pci=config_acs=00000100@0000:02:00.0"))
     assert _ctrl(g, DSP0) == 0x0000
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: pci_setup() stores a pointer per option, so with "
-                   "two pci=disable_acs_redir= words only the last takes effect; the model "
-                   "merges both lists")
 def test_repeated_pci_option_last_wins() -> None:
     f = topology_t(host=HOST_OFF, dsp_ctrl={0: 0x000C, 1: 0x000C})
     g, _ = apply_whatif(f, WhatIf(cmdline="pci=disable_acs_redir=0000:02:00.0 "
@@ -528,9 +502,6 @@ def test_find_many_skips_unpublished_and_keeps_enumeration_order() -> None:
     assert {find_many(f, P, [D], rng=random.Random(s)).choice for s in range(20)} == {A, B}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (output): before v6.0 pci_p2pdma_map_type() never "
-                   "computes or prints (cache-only, none before v5.5); `check` still labels the "
-                   "W-lines 'kernel log on the first DMA mapping'")
 def test_check_legacy_profile_does_not_blame_first_dma_mapping(tmp_path: Path,
                                                                capsys: Any) -> None:
     path = tmp_path / "t.toml"
@@ -542,9 +513,6 @@ def test_check_legacy_profile_does_not_blame_first_dma_mapping(tmp_path: Path,
     assert "first DMA mapping" not in out
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (output): for v4.20-v5.4 the explanation says an "
-                   "ACS-redirected path is treated 'as going through the host bridge'; those "
-                   "kernels reject it outright (-2), no host-bridge check")
 def test_explain_legacy_acs_is_a_hard_reject() -> None:
     from p2pdma.kernel.explain import explain
 

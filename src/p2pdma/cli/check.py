@@ -2,8 +2,9 @@
 
 Exit status: 0 when P2P is possible (``pci_p2pdma_distance_many`` >= 0), 1 when it
 is not (-1), 3 when it depends on a fact that could not be read (e.g. ACS without
-root); input errors exit 2.  The messages are the exact lines the kernel prints
-for the first DMA mapping of each pair (a verbose evaluation).
+root); input errors exit 2.  The messages are the exact lines a verbose evaluation
+of each pair prints: from v6.0 the first DMA mapping of the pair does that; before
+v6.0 only an explicit verbose distance query (e.g. nvmet's p2pmem) prints them.
 
 This module also holds the setup shared by the inspect commands (check, matrix,
 find, explain): load the fabric, apply what-if changes, pick the profile.
@@ -26,9 +27,9 @@ from p2pdma.cli.common import (
 )
 from p2pdma.errors import InputError
 from p2pdma.fabric.bdf import Bdf
-from p2pdma.fabric.model import Fabric
+from p2pdma.fabric.model import Fabric, PortType
 from p2pdma.kernel.engine import DistanceResult, PairResult, distance_many
-from p2pdma.kernel.explain import Explanation, explain
+from p2pdma.kernel.explain import Explanation, Fix, explain
 from p2pdma.kernel.hostbridge import representative, table_match
 from p2pdma.kernel.profiles import KernelProfile, ProfileChoice, resolve_profile
 from p2pdma.kernel.types import MapType
@@ -108,9 +109,65 @@ def check_result(ctx: Context, provider: Bdf, clients: list[Bdf]
 
 
 def exit_code(dr: DistanceResult) -> int:
+    """0 possible, 1 not possible, 3 unknown.  A certain distance with an unknown map
+    type (e.g. BUS_ADDR or THRU_HOST_BRIDGE depending on an unreadable ACS) is 3 too:
+    P2P certainly works, but not *how* (JSON ``possible`` is then true)."""
     if dr.distance is None:
         return EXIT_UNKNOWN
-    return EXIT_POSSIBLE if dr.distance >= 0 else EXIT_NOT_POSSIBLE
+    if dr.distance < 0:
+        return EXIT_NOT_POSSIBLE
+    if any(p.map_type is MapType.UNKNOWN for p in dr.pairs):
+        return EXIT_UNKNOWN
+    return EXIT_POSSIBLE
+
+
+def log_label(profile: KernelProfile) -> str:
+    """Who prints the W-lines: from v6.0 the first DMA mapping of a pair computes its
+    map type verbosely; before, mapping only reads the cache (v5.5-5.19) or there are
+    no map types at all (before v5.5), so only an explicit verbose distance query
+    (nvmet's p2pmem, ...) prints them."""
+    if profile.cache_mode == "compute-on-miss":
+        return "kernel log on the first DMA mapping (verbose)"
+    return ("kernel log of a verbose distance query such as nvmet's p2pmem (in "
+            f"{profile.name} DMA mapping itself computes nothing and prints nothing)")
+
+
+def unique_fixes(fabric: Fabric, provider: Bdf, pairs: tuple[PairResult, ...],
+                 exps: list[Explanation]) -> list[Fix]:
+    """The fixes of every client, each once; a topology move is not offered for a
+    root-complex integrated endpoint (it cannot be moved below a switch)."""
+    seen: set[tuple[str, str]] = set()
+    out: list[Fix] = []
+    fixed = [d for d in (provider, *[p.client for p in pairs])
+             if fabric.get(d).port_type is PortType.RC_INTEGRATED_ENDPOINT]
+    for e in exps:
+        for f in e.fixes:
+            if f.kind == "topology" and "below one PCIe switch" in f.text and fixed:
+                names = ", ".join(str(b) for b in dict.fromkeys(fixed))
+                f = Fix("topology", f"{names} is a root-complex integrated endpoint: it is "
+                                    "part of the root complex and cannot be moved below a "
+                                    "PCIe switch; only the host-bridge route (whitelist or "
+                                    "CPU rule) can allow this pair")
+            key = (f.kind, f.text)
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+    return out
+
+
+def provider_pool_note(ctx: Context, provider: Bdf) -> str | None:
+    f = ctx.fabric.get(provider)
+    if f.p2pmem is not None:
+        if not f.p2pmem.published:
+            return (f"{provider} has a p2pmem pool but does not publish it: "
+                    "pci_p2pmem_find_many() skips it; explicit users can still name it")
+        return None
+    api = ("only a pool-less provider API (v6.19+ dma-buf / VFIO export) could use it"
+           if ctx.profile.per_bar_provider else
+           f"{ctx.profile.name} has no pool-less provider API (dma-buf / VFIO export is v6.19+)")
+    return (f"{provider} has no p2pmem pool (no driver registered its memory with "
+            "pci_p2pdma_add_resource): in-kernel users such as nvmet or O_DIRECT to a "
+            f"p2pmem buffer cannot use it as a provider; {api}")
 
 
 def register(sub: Any) -> None:
@@ -119,7 +176,8 @@ def register(sub: Any) -> None:
         description="Evaluate pci_p2pdma_distance_many(PROVIDER, CLIENTS) as the chosen kernel "
                     "would: map type, distance, path, ACS, host-bridge whitelist, CPU rule, "
                     "the exact kernel messages and a fix. Exit 0: possible; 1: not possible; "
-                    "3: unknown (a needed fact was unreadable); 2: input error.")
+                    "3: unknown (a needed fact was unreadable; also when P2P is certainly "
+                    "possible but its map type is not known); 2: input error.")
     p.add_argument("provider", help="the device whose memory is used (BDF or NVMe name)")
     p.add_argument("clients", nargs="+", metavar="CLIENT", help="devices that do the DMA")
     add_source_args(p)
@@ -137,17 +195,19 @@ def run(args: argparse.Namespace) -> int:
     dr, exps = check_result(ctx, provider, clients)
     prof = ctx.profile
     mt = overall_map_type(dr.pairs)
+    all_fixes = unique_fixes(ctx.fabric, provider, dr.pairs, exps)
+    pool_note = provider_pool_note(ctx, provider)
+    notes = list(dr.notes) + ([pool_note] if pool_note else [])
     if getattr(args, "json", False):
-        fixes: list[dict[str, Any]] = []
-        for e in exps:
-            fixes.extend(f.to_json() for f in e.fixes)
+        fixes = [f.to_json() for f in all_fixes]
         emit_json({
             "schema": SCHEMA,
             "profile": ctx.profile_json(),
             "whatif": ctx.notes,
             "provider": str(provider),
             "map_type": mt.name,
-            "map_type_value": prof.map_type_value(mt),
+            "map_type_value": (None if mt is MapType.UNKNOWN
+                               else prof.map_type_value(mt)),
             "distance": dr.distance,
             "possible": None if dr.distance is None else dr.distance >= 0,
             "unknown": dr.unknown,
@@ -158,14 +218,14 @@ def run(args: argparse.Namespace) -> int:
             "messages": [str(m) for m in dr.messages],
             "danger": [p.danger for p in dr.pairs if p.danger],
             "fix": fixes,
-            "notes": list(dr.notes),
+            "notes": notes,
         })
         return exit_code(dr)
     st = style_for(args)
     out = [f"profile: {prof.name}  ({ctx.choice.reason})"]
     out += [f"what-if: {n}" for n in ctx.notes]
     for p, e in zip(dr.pairs, exps, strict=True):
-        val = prof.map_type_value(p.map_type)
+        val = None if p.map_type is MapType.UNKNOWN else prof.map_type_value(p.map_type)
         colour = "green" if p.supported else ("magenta" if p.map_type is MapType.UNKNOWN
                                               else "red")
         out.append("")
@@ -183,16 +243,21 @@ def run(args: argparse.Namespace) -> int:
     out.append("")
     if dr.distance is None:
         out.append(st("verdict: unknown", "magenta", "bold") + f" ({dr.unknown})")
+    elif dr.distance >= 0 and mt is MapType.UNKNOWN:
+        out.append(st("verdict: P2P possible, path unknown", "magenta", "bold")
+                   + f" (pci_p2pdma_distance_many = {dr.distance} either way; whether the "
+                   "switch routes the TLPs or they go through the host bridge depends on an "
+                   "unreadable fact)")
     elif dr.distance >= 0:
         out.append(st("verdict: P2P possible", "green", "bold")
                    + f" (pci_p2pdma_distance_many = {dr.distance}, the sum over clients)")
     else:
         out.append(st("verdict: P2P not possible", "red", "bold")
                    + " (pci_p2pdma_distance_many = -1)")
+    out += [f"note: {n}" for n in notes]
     if dr.messages:
-        out.append("kernel log on the first DMA mapping (verbose):")
+        out.append(log_label(prof) + ":")
         out += [f"  {m}" for m in dr.messages]
-    all_fixes = [f for e in exps for f in e.fixes]
     if all_fixes:
         out.append("fix:")
         for f in all_fixes:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from p2pdma.cli.check import device_label, exit_code, prepare
+from p2pdma.cli.check import device_label, exit_code, log_label, prepare
 from p2pdma.cli.common import (
     add_output_args,
     add_source_args,
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     out += [f"  {s}" for s in e.story]
     if pair.messages:
         out.append("")
-        out.append("the kernel prints (first DMA mapping of this pair):")
+        out.append(log_label(ctx.profile).replace("kernel log", "the kernel prints", 1) + ":")
         out += [f"  {m}" for m in pair.messages]
     if e.fixes:
         out.append("")

@@ -20,7 +20,7 @@ from p2pdma.cli.common import (
     emit_json,
     style_for,
 )
-from p2pdma.kernel.engine import FIND_MANY_MAX_DEVS, find_many
+from p2pdma.kernel.engine import FIND_MANY_MAX_DEVS, FindResult, find_many
 
 SCHEMA = "p2pdma-find/1"
 
@@ -30,7 +30,8 @@ def register(sub: Any) -> None:
                        description="Evaluate pci_p2pmem_find_many(CLIENTS): the closest "
                                    "published providers (ties), the seeded pick, and why each "
                                    "other device lost. Exit 0 when a provider is found, 1 "
-                                   "when none.")
+                                   "when none, 3 when the pick depends on a fact that could "
+                                   "not be read (e.g. ACS without root).")
     p.add_argument("clients", nargs="+", metavar="CLIENT", help="BDF or NVMe name")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for the tie-break (the kernel's choice is random; default 0)")
@@ -60,13 +61,24 @@ def run(args: argparse.Namespace) -> int:
             "losers": {str(k): v for k, v in r.losers.items()},
             "messages": [str(m) for m in r.messages],
             "unknown": r.unknown,
+            "outcome": "unknown" if r.unknown else ("found" if r.choice else "none"),
         })
-        return 0 if r.choice else 1
+        return _exit(r)
     st = style_for(args)
     out = [f"profile: {ctx.profile.name}  ({ctx.choice.reason})"]
     out += [f"what-if: {n}" for n in ctx.notes]
     out.append("clients: " + ", ".join(device_label(ctx.fabric, c) for c in clients))
-    if r.choice is None:
+    if r.unknown:
+        out.append(st("unknown: ", "magenta", "bold")
+                   + "the kernel's pick depends on a fact that could not be read")
+        if r.choice is not None:
+            out.append(f"best certain candidate: {device_label(ctx.fabric, r.choice)} "
+                       f"(distance {r.best}); a provider listed as unknown below could tie "
+                       "or beat it")
+        else:
+            out.append("no provider is certainly supported; one listed as unknown below "
+                       "may be (pci_p2pmem_find_many may or may not return NULL)")
+    elif r.choice is None:
         out.append(st.bold("no provider: pci_p2pmem_find_many returns NULL"))
     else:
         out.append(st("pick: ", "bold") + st(device_label(ctx.fabric, r.choice), "green", "bold")
@@ -85,4 +97,11 @@ def run(args: argparse.Namespace) -> int:
         out.append("kernel log (W4 is printed even by this non-verbose search):")
         out += [f"  {m}" for m in r.messages]
     print("\n".join(out))
+    return _exit(r)
+
+
+def _exit(r: FindResult) -> int:
+    """0: a provider is found; 1: NULL; 3: unknown (like ``check``)."""
+    if r.unknown:
+        return 3
     return 0 if r.choice else 1

@@ -49,9 +49,11 @@ def _iommu_present(mode: IommuMode | None) -> bool | None:
 
 def decide(fabric: Fabric, profile: KernelProfile, cpu: CpuRule, *, common: bool,
            redirect: bool, hops: int, hb_p: HostBridge | None, hb_c: HostBridge | None,
-           verbose: bool, cpu_assume: bool | None = None) -> Decision:
+           verbose: bool, cpu_assume: bool | None = None,
+           iommu_assume: bool | None = None) -> Decision:
     """The verdict for one pair given its path facts.  ``cpu_assume`` replaces an
-    unknown CPU rule value (the caller evaluates both possibilities)."""
+    unknown CPU rule value and ``iommu_assume`` an unknown IOMMU state (the caller
+    evaluates both possibilities; see ``iommu_options``)."""
     algo = profile.algorithm
     if common and not redirect:
         return Decision(MapType.BUS_ADDR, hops, hops if algo in _LEGACY else None,
@@ -68,6 +70,8 @@ def decide(fabric: Fabric, profile: KernelProfile, cpu: CpuRule, *, common: bool
         # v5.2 root_complex_whitelist(provider) && (client); v5.3 ignores it with an IOMMU.
         if profile.whitelist_ignored_with_iommu:
             present = _iommu_present(fabric.host.iommu)
+            if present is None:
+                present = iommu_assume
             if present is None or present:
                 why = ("an IOMMU is present" if present else
                        "unknown because the IOMMU state is not known (assumed present)")
@@ -91,6 +95,24 @@ def decide(fabric: Fabric, profile: KernelProfile, cpu: CpuRule, *, common: bool
 
 
 _LEGACY = ("common-bridge", "rc-whitelist")
+
+
+def iommu_options(fabric: Fabric, profile: KernelProfile) -> tuple[bool | None, ...]:
+    """The IOMMU states to evaluate: both when the profile's verdict depends on it
+    (v5.3-5.4 ignore the root-complex whitelist with an IOMMU) and it is not known."""
+    if profile.whitelist_ignored_with_iommu and fabric.host.iommu is None:
+        return (False, True)
+    return (None,)
+
+
+def profile_options(profile: KernelProfile) -> tuple[KernelProfile, ...]:
+    """The profile, plus its variant with backported table entries when the release
+    may or may not carry them (7.1.y)."""
+    return (profile,) if profile.backport is None else (profile, profile.backport)
+
+
+def cpu_options(cpu: CpuRule) -> tuple[bool | None, ...]:
+    return (None,) if cpu.value is not None else (False, True)
 
 # ---------------------------------------------------------------------------
 # Pair results
@@ -117,10 +139,27 @@ class PairResult:
     legacy_return: int | None = None
     profile_key: str = ""
     notes: tuple[str, ...] = ()
+    # every distinct (map type, dist) the possibilities give; one entry when known
+    outcomes: tuple[tuple[MapType, int], ...] = ()
 
     @property
     def supported(self) -> bool:
         return self.map_type.supported
+
+    @property
+    def certain_supported(self) -> bool | None:
+        """Whether the pair is supported (the only thing distance_many asks), None when
+        that differs between the possibilities of an unknown map type."""
+        outs = self.outcomes or ((self.map_type, self.dist),)
+        kinds = {mt.supported for mt, _ in outs}
+        return kinds.pop() if len(kinds) == 1 else None
+
+    @property
+    def certain_dist(self) -> int | None:
+        """The distance distance_many adds for a supported pair, None when it differs."""
+        outs = self.outcomes or ((self.map_type, self.dist),)
+        dists = {d for mt, d in outs if mt.supported}
+        return dists.pop() if len(dists) == 1 else None
 
     @property
     def acs_redirects(self) -> bool:
@@ -131,7 +170,8 @@ class PairResult:
             "provider": str(self.provider),
             "client": str(self.client),
             "map_type": self.map_type.name,
-            "map_type_value": profile.map_type_value(self.map_type),
+            "map_type_value": (None if self.map_type is MapType.UNKNOWN
+                               else profile.map_type_value(self.map_type)),
             "dist": self.dist,
             "path": [str(b) for b in self.path],
             "common_upstream": str(self.common_upstream) if self.common_upstream else None,
@@ -208,16 +248,26 @@ def calc_map_type_and_dist(fabric: Fabric, profile: KernelProfile, provider: Bdf
     topo = topology(fabric)
     p, c = topo.idx(provider), topo.idx(client)
     cpu = cpu_rule(profile, fabric.host)
-    results = []
     # Unreadable facts: evaluate each possibility; report UNKNOWN if they disagree.
     _, _, _, unk = _path_facts(topo, p, c, False)
-    acs_options = (False, True) if unk else (False,)
-    cpu_options: tuple[bool | None, ...] = (None,) if cpu.value is not None else (False, True)
-    for assume in acs_options:
-        for ca in cpu_options:
-            results.append(_evaluate(fabric, topo, profile, cpu, p, c, verbose, assume, ca))
+    acs_opts = (False, True) if unk else (False,)
+    iommu_opts = iommu_options(fabric, profile)
+    profs = profile_options(profile)
+    combos = [(a, ca, io, pv) for pv in range(len(profs)) for a in acs_opts
+              for ca in cpu_options(cpu) for io in iommu_opts]
+    results = [_evaluate(fabric, topo, profs[pv], cpu, p, c, verbose, a, ca, io)
+               for a, ca, io, pv in combos]
+    backport_matters = len(profs) > 1 and (
+        {r.map_type for r, cb in zip(results, combos, strict=True) if cb[3] == 0}
+        != {r.map_type for r, cb in zip(results, combos, strict=True) if cb[3] == 1})
+    if len(profs) > 1 and not backport_matters:
+        keep = [k for k, cb in enumerate(combos) if cb[3] == 0]
+        combos = [combos[k] for k in keep]
+        results = [results[k] for k in keep]
     base = results[0]
     kinds = tuple(dict.fromkeys(r.map_type for r in results))
+    outcomes = tuple(dict.fromkeys((r.map_type, r.dist) for r in results))
+    base = _replace(base, outcomes=outcomes)
     unknown = None
     if len(kinds) > 1:
         reasons = []
@@ -227,17 +277,24 @@ def calc_map_type_and_dist(fabric: Fabric, profile: KernelProfile, provider: Bdf
                            f"could not be read ({why})")
         if cpu.value is None:
             reasons.append(cpu.reason)
-        outcomes = []
-        for assume in acs_options:
-            for ca in cpu_options:
-                r = results[acs_options.index(assume) * len(cpu_options) + cpu_options.index(ca)]
-                cond = []
-                if unk:
-                    cond.append("ACS redirect set there" if assume else "ACS redirect off there")
-                if ca is not None:
-                    cond.append("the CPU rule holds" if ca else "the CPU rule fails")
-                outcomes.append(f"{' and '.join(cond)}: {r.map_type.name}")
-        unknown = "unknown because " + " and ".join(reasons) + " -- " + "; ".join(outcomes)
+        if iommu_opts != (None,):
+            reasons.append(f"the IOMMU state is not known ({profile.name} ignores the root "
+                           "complex whitelist when an IOMMU is present)")
+        if backport_matters:
+            reasons.append(profile.backport_reason)
+        parts = []
+        for (a, ca, io, pv), r in zip(combos, results, strict=True):
+            cond = []
+            if backport_matters:
+                cond.append("with the backported entries" if pv else "without them")
+            if unk:
+                cond.append("ACS redirect set there" if a else "ACS redirect off there")
+            if ca is not None:
+                cond.append("the CPU rule holds" if ca else "the CPU rule fails")
+            if io is not None:
+                cond.append("an IOMMU is present" if io else "no IOMMU")
+            parts.append(f"{' and '.join(cond)}: {r.map_type.name}")
+        unknown = "unknown because " + " and ".join(reasons) + " -- " + "; ".join(parts)
         base = _replace(base, map_type=MapType.UNKNOWN, unknown=unknown, possible=kinds,
                         messages=())
     elif unk and base.common_upstream is not None:
@@ -255,7 +312,8 @@ def _replace(r: PairResult, **kw: Any) -> PairResult:
 
 
 def _evaluate(fabric: Fabric, topo: Topology, profile: KernelProfile, cpu: CpuRule, p: int,
-              c: int, verbose: bool, assume_unknown: bool, cpu_assume: bool | None) -> PairResult:
+              c: int, verbose: bool, assume_unknown: bool, cpu_assume: bool | None,
+              iommu_assume: bool | None = None) -> PairResult:
     A, B = topo.chain[p], topo.chain[c]
     i, j, acs, unk = _path_facts(topo, p, c, assume_unknown)
     common = i >= 0
@@ -265,7 +323,7 @@ def _evaluate(fabric: Fabric, topo: Topology, profile: KernelProfile, cpu: CpuRu
     hb_p = hbs[topo.hb[p]] if topo.hb[p] >= 0 else None
     hb_c = hbs[topo.hb[c]] if topo.hb[c] >= 0 else None
     d = decide(fabric, profile, cpu, common=common, redirect=redirect, hops=hops, hb_p=hb_p,
-               hb_c=hb_c, verbose=verbose, cpu_assume=cpu_assume)
+               hb_c=hb_c, verbose=verbose, cpu_assume=cpu_assume, iommu_assume=iommu_assume)
     provider, client = topo.bdf(p), topo.bdf(c)
     acs_bdfs = tuple(topo.bdf(x) for x in acs)
     msgs: list[KernelMessage] = []
@@ -311,6 +369,9 @@ class DistanceResult:
     unknown: str | None = None
     stopped_at: int | None = None  # index of the client where a non-verbose call stopped
     notes: tuple[str, ...] = ()
+    # when unknown: the smallest distance the kernel could return if it is not -1
+    # (None: it may be -1 or anything; used by find_many to bound the pick)
+    low: int | None = None
 
 
 def _find_parent_pci(fabric: Fabric, client: Client) -> Bdf | None:
@@ -323,7 +384,12 @@ def distance_many(fabric: Fabric, profile: KernelProfile, provider: Bdf,
                   clients: Sequence[Client], *, verbose: bool,
                   caches: Callable[[Bdf], MapTypeCache | None] | None = None) -> DistanceResult:
     """``pci_p2pdma_distance_many()`` (spec §2.10): the *sum* of the distances, -1 when
-    any client is not supported or not below a PCI device (W5 when verbose)."""
+    any client is not supported or not below a PCI device (W5 when verbose).
+
+    A client whose map type is unknown still gives a certain answer when all its
+    possibilities agree on "supported or not" and on the distance.  Possibilities are
+    weighed per client (a fact shared by two clients is not correlated), so a joint
+    analysis could occasionally decide where this says unknown, never the reverse."""
     if fabric.host.p2pdma_config is False:
         return DistanceResult(-1, (), (), notes=("kernel built without CONFIG_PCI_P2PDMA: "
                                                  "every distance is -1",))
@@ -333,8 +399,10 @@ def distance_many(fabric: Fabric, profile: KernelProfile, provider: Bdf,
     pairs: list[PairResult] = []
     msgs: list[KernelMessage] = []
     total = 0
+    low = 0
     not_supported = False
     unknown: list[str] = []
+    notes: list[str] = []
     for n, cl in enumerate(clients):
         pci = _find_parent_pci(fabric, cl)
         if pci is None:
@@ -345,18 +413,31 @@ def distance_many(fabric: Fabric, profile: KernelProfile, provider: Bdf,
         r = calc_map_type_and_dist(fabric, profile, provider, pci, verbose=verbose, cache=cache)
         pairs.append(r)
         msgs.extend(r.messages)
-        if r.map_type is MapType.NOT_SUPPORTED:
+        # Only "supported or not" and the distance reach the return value: an unknown
+        # map type whose possibilities agree on both still gives a certain distance.
+        sup = r.certain_supported
+        dist = r.certain_dist
+        if sup is False:
             not_supported = True
-        elif r.map_type is MapType.UNKNOWN:
+        elif sup is None or dist is None:
             unknown.append(f"{pci}: {r.unknown}")
+            low += min(d for mt, d in r.outcomes if mt.supported)
+        elif r.map_type is MapType.UNKNOWN:
+            notes.append(f"{pci}: the map type is unknown ("
+                         + "/".join(m.name for m in r.possible)
+                         + f") but every possibility is supported at distance {dist}")
         if not_supported and not verbose:
-            return DistanceResult(-1, tuple(pairs), tuple(msgs), stopped_at=n)
-        total += r.dist
+            return DistanceResult(-1, tuple(pairs), tuple(msgs), stopped_at=n,
+                                  notes=tuple(notes))
+        if sup is True and dist is not None:
+            total += dist
+            low += dist
     if not_supported:
-        return DistanceResult(-1, tuple(pairs), tuple(msgs))
+        return DistanceResult(-1, tuple(pairs), tuple(msgs), notes=tuple(notes))
     if unknown:
-        return DistanceResult(None, tuple(pairs), tuple(msgs), unknown="; ".join(unknown))
-    return DistanceResult(total, tuple(pairs), tuple(msgs))
+        return DistanceResult(None, tuple(pairs), tuple(msgs), unknown="; ".join(unknown),
+                              notes=tuple(notes), low=low)
+    return DistanceResult(total, tuple(pairs), tuple(msgs), notes=tuple(notes))
 
 
 # ---------------------------------------------------------------------------
@@ -382,6 +463,9 @@ class FindResult:
     losers: dict[Bdf, str]  # every other device and why it lost
     distances: dict[Bdf, int]  # distance_many of each published provider
     messages: tuple[KernelMessage, ...]  # W4 can appear even though find is non-verbose
+    # set when the pick is uncertain: a provider whose distance is unknown (unreadable
+    # ACS, ...) could tie or beat ``best``; ``choice`` is then only the pick among the
+    # certain ones (or None), not necessarily the kernel's
     unknown: str | None = None
 
 
@@ -400,7 +484,7 @@ def find_many(fabric: Fabric, profile: KernelProfile, clients: Sequence[Client],
     losers: dict[Bdf, str] = {}
     dists: dict[Bdf, int] = {}
     msgs: list[KernelMessage] = []
-    unknown: list[str] = []
+    undecided: list[tuple[Bdf, int, str]] = []  # (provider, smallest possible distance, why)
     client_set = {c for c in clients if isinstance(c, Bdf)}
     for k in topo.enum_order:
         dev = topo.bdf(k)
@@ -419,8 +503,7 @@ def find_many(fabric: Fabric, profile: KernelProfile, clients: Sequence[Client],
         r = distance_many(fabric, profile, dev, clients, verbose=False, caches=caches)
         msgs.extend(r.messages)
         if r.distance is None:
-            losers[dev] = f"unknown: {r.unknown}"
-            unknown.append(f"{dev}: {r.unknown}")
+            undecided.append((dev, r.low if r.low is not None else 0, r.unknown or ""))
             continue
         dists[dev] = r.distance
         if r.distance < 0:
@@ -443,6 +526,18 @@ def find_many(fabric: Fabric, profile: KernelProfile, clients: Sequence[Client],
     for dev, why in list(losers.items()):
         if why.startswith("farther") and best is not None:
             losers[dev] = f"farther: distance {dists[dev]} > {best}"
+    # A provider whose distance is unknown changes the pick only if it could tie or
+    # beat the best certain distance; otherwise it certainly loses.
+    unknown: list[str] = []
+    for dev, low, why in undecided:
+        if best is not None and low > best:
+            losers[dev] = (f"farther: distance unknown but at least {low} > {best} "
+                           f"(or not supported) ({why})")
+        else:
+            losers[dev] = (f"unknown: could be at distance {low}"
+                           + (f" (best certain: {best})" if best is not None else "")
+                           + f" ({why})")
+            unknown.append(f"{dev} could be at distance {low}: {why}")
     choice = cands[rng.randrange(len(cands))] if cands else None
     for dev in cands:
         if dev != choice:

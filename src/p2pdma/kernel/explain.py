@@ -9,7 +9,6 @@ from typing import Any
 
 from p2pdma.fabric.bdf import Bdf
 from p2pdma.fabric.model import (
-    ACS_DT,
     ACS_SV,
     ACS_TB,
     ACS_UF,
@@ -105,17 +104,20 @@ def _role(fabric: Fabric, r: PairResult, b: Bdf) -> str:
     return ", ".join(roles) or "endpoint"
 
 
-def config_acs_flags(control: int, capability: int) -> str:
-    """A config_acs bit string (bit 0 rightmost) that clears RR, CR and EC and pins
-    SV, TB, UF and DT to their current value: ``x`` would restore the *firmware*
-    value, dropping what the IOMMU setup turned on (§13.3)."""
+def config_acs_flags(control: int, capability: int, iommu_on: bool | None = True) -> str:
+    """A config_acs bit string (bit 0 rightmost) that clears RR, CR and EC and keeps
+    the other bits as they read now.  ``x`` keeps the *firmware* value (§13.3), which
+    equals the current one except for the bits the IOMMU setup turns on (SV, UF; TB
+    for untrusted ports): those are pinned to 1 when set and the IOMMU is on or its
+    state unknown (``iommu_on`` not False); every other bit is ``x``."""
     out = []
     for bit in range(7):
         m = 1 << bit
         if m & ACS_REDIRECT_MASK:
             out.append("0")
-        elif m & (ACS_SV | ACS_TB | ACS_UF | ACS_DT) and m & capability:
-            out.append("1" if control & m else "0")
+        elif (iommu_on is not False and m & (ACS_SV | ACS_TB | ACS_UF) and m & capability
+              and control & m):
+            out.append("1")
         else:
             out.append("x")
     return "".join(reversed(out))
@@ -137,6 +139,11 @@ def explain(fabric: Fabric, profile: KernelProfile, r: PairResult) -> Explanatio
     hops = []
     for b in r.path:
         txt, red = _acs_text(fabric, b)
+        if r.common_upstream is None:
+            # no common upstream bridge: the kernel does not use ACS on this path
+            if fabric.get(b).acs is not None:
+                txt += " (not consulted: no common upstream bridge)"
+            red = False
         hops.append(Hop(b, _role(fabric, r, b), txt, red))
     story: list[str] = []
     fixes: list[Fix] = []
@@ -152,16 +159,27 @@ def explain(fabric: Fabric, profile: KernelProfile, r: PairResult) -> Explanatio
                          f"({len(r.path) - 1} links).")
         if r.acs_redirect:
             who = ", ".join(f"{b} [{_acs_text(fabric, b)[0]}]" for b in r.acs_redirect)
-            story.append(f"ACS redirect (RR/CR/EC) is set on: {who}. Requests are redirected "
-                         "up to the root complex, so the kernel treats the path as going "
-                         "through the host bridge.")
+            if profile.acs_via_host_bridge:
+                story.append(f"ACS redirect (RR/CR/EC) is set on: {who}. Requests are "
+                             "redirected up to the root complex, so the kernel treats the "
+                             "path as going through the host bridge.")
+            else:
+                story.append(f"ACS redirect (RR/CR/EC) is set on: {who}. {profile.name} "
+                             "rejects such a path outright (internal return -2): no "
+                             "host-bridge check, whatever the whitelist or CPU.")
+        elif r.acs_unreadable:
+            who = ", ".join(f"{b} [{_acs_text(fabric, b)[0]}]" for b in r.acs_unreadable)
+            story.append(f"Whether the path redirects is unknown: the ACS Control of {who} "
+                         "could not be read. If nothing redirects the switch routes the TLPs "
+                         "directly (BUS_ADDR); if it does, the host-bridge rules decide.")
         else:
             story.append("No device on the path redirects: the switch routes the TLPs "
                          "directly (BUS_ADDR, PCI bus addresses).")
     else:
         story.append(f"No common upstream bridge (the root bus has no bridge device): "
                      f"distance {r.dist} = {len(r.provider_chain)} + {len(r.client_chain)}. "
-                     "Traffic must cross the host bridge(s).")
+                     "Traffic must cross the host bridge(s); ACS is not consulted on "
+                     "such a path.")
     # -- the host-bridge decision
     if r.cpu.applies and r.whitelist is None and r.map_type is MapType.THRU_HOST_BRIDGE:
         story.append(f"CPU rule: {r.cpu.reason}.")
@@ -189,6 +207,8 @@ def explain(fabric: Fabric, profile: KernelProfile, r: PairResult) -> Explanatio
         if r.supported:
             fixes.append(Fix("note", "allowed through the host bridge; turning ACS redirect "
                                      "off on the path below makes it BUS_ADDR (switch-routed)"))
+        if not profile.disable_acs_redir:
+            fixes.append(Fix("kernel", "pci=disable_acs_redir= needs v5.1 or later"))
         fixes.append(Fix("cmdline", f"pci=disable_acs_redir={dar}",
                          risk="unsafe: the listed ports stop isolating their devices; IOMMU "
                               "groups merge (one device can no longer be passed to a VM alone)"))
@@ -197,10 +217,13 @@ def explain(fabric: Fabric, profile: KernelProfile, r: PairResult) -> Explanatio
             for b in r.acs_redirect:
                 f = fabric.get(b)
                 if f.acs is not None:
-                    parts.append(f"{config_acs_flags(f.acs.control, f.acs.capability)}@{b}")
+                    on = None if iommu is None else iommu is not IommuMode.OFF
+                    parts.append(f"{config_acs_flags(f.acs.control, f.acs.capability, on)}@{b}")
             cfg = ";".join(parts)
-            fixes.append(Fix("cmdline", f"pci=config_acs={cfg} (keeps SV/TB/UF as now; "
-                                        "config_acs wins over disable_acs_redir on a port)",
+            fixes.append(Fix("cmdline", f"pci=config_acs={cfg} (clears RR/CR/EC only: x keeps "
+                                        "the firmware value, 1 keeps a bit the IOMMU setup "
+                                        "turned on; config_acs wins over disable_acs_redir "
+                                        "on a port)",
                              risk="unsafe: as above, but Source Validation stays on"))
         else:
             fixes.append(Fix("kernel", "pci=config_acs= needs v6.11 or later"))

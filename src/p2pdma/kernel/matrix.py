@@ -19,7 +19,13 @@ from dataclasses import dataclass
 
 from p2pdma.fabric.bdf import Bdf
 from p2pdma.fabric.model import Fabric, PciFunction, PortType
-from p2pdma.kernel.engine import calc_map_type_and_dist, decide
+from p2pdma.kernel.engine import (
+    calc_map_type_and_dist,
+    cpu_options,
+    decide,
+    iommu_options,
+    profile_options,
+)
 from p2pdma.kernel.hostbridge import cpu_rule
 from p2pdma.kernel.profiles import KernelProfile
 from p2pdma.kernel.topology import topology
@@ -99,9 +105,10 @@ def compute_matrix(fabric: Fabric, profile: KernelProfile, providers: Sequence[B
         if v is None:
             hb_p = hbs[hp] if hp >= 0 else None
             hb_c = hbs[hc] if hc >= 0 else None
-            opts = (None,) if cpu.value is not None else (False, True)
-            ds = [decide(fabric, profile, cpu, common=common, redirect=redirect, hops=0,
-                         hb_p=hb_p, hb_c=hb_c, verbose=False, cpu_assume=o) for o in opts]
+            ds = [decide(fabric, pv, cpu, common=common, redirect=redirect, hops=0,
+                         hb_p=hb_p, hb_c=hb_c, verbose=False, cpu_assume=o, iommu_assume=io)
+                  for pv in profile_options(profile) for o in cpu_options(cpu)
+                  for io in iommu_options(fabric, profile)]
             mts = {d.map_type for d in ds}
             v = (ds[0].map_type if len(mts) == 1 else MapType.UNKNOWN, ds[0].dist)
             memo[key] = v

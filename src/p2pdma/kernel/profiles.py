@@ -182,6 +182,11 @@ class KernelProfile:
     userspace_allocate: bool = False  # v6.2 p2pmem/allocate
     per_bar_provider: bool = False  # v6.19 struct p2pdma_provider
     notes: tuple[str, ...] = ()
+    # 7.1.y: the same release *may* carry later table entries (an undated stable
+    # backport): this profile with them.  The engine evaluates both and reports
+    # UNKNOWN (reason ``backport_reason``) when they disagree.
+    backport: KernelProfile | None = None
+    backport_reason: str = ""
 
     def map_type_value(self, t: MapType) -> int | None:
         """The enum's number in this kernel; None when the kernel has no such value
@@ -339,14 +344,31 @@ PROFILES["leon"] = dataclasses.replace(
            "buffer overflow is guarded; no Zhaoxin entries",),
 )
 
+# 7.1.y (7.1.1 and later stable releases): the Intel DSA/IAA/QAT ids (0ba76b19fd4c,
+# v7.2-rc) were backported to 7.1.y, but the spec cannot date that release (§0.4).
+# Same key as 7.1 (same TIMELINE row); the engine evaluates with and without them.
+_BACKPORT_71 = ("the 7.1.y stable release that received the Intel DSA/IAA/QAT whitelist "
+                "entries (0ba76b19fd4c, backported from v7.2) is not known (spec §0.4)")
+PROFILES["7.1.y"] = dataclasses.replace(
+    PROFILES["7.1"], name="v7.1.y (7.1.1+)",
+    backport=dataclasses.replace(PROFILES["7.1"], name="v7.1.y with the v7.2 accelerator ids",
+                                 whitelist=PROFILES["7.2"].whitelist),
+    backport_reason=_BACKPORT_71,
+    notes=("a 7.1.y stable release may or may not whitelist the Intel accelerator ids that "
+           "v7.2 added (8086:0b25, 0cfe, 11fb, 1212, 1216, 4940-4948): pairs that depend on "
+           "them are UNKNOWN",),
+)
+
 DEFAULT_PROFILE_KEY = "pci-next"
+NEWEST_KNOWN = (7, 3)
 
 # ---------------------------------------------------------------------------
 # Version strings
 
 _VER_RE = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?(-rc\d+)?(?:[-+.~_].*)?$")
 _NAMED = {"pci-next": "pci-next", "next": "pci-next", "newest": "pci-next",
-          "latest": "pci-next", "default": "pci-next", "leon": "leon", "leon-2026": "leon"}
+          "latest": "pci-next", "default": "pci-next", "leon": "leon", "leon-2026": "leon",
+          "7.1.y": "7.1.y"}
 ACCEPTED_FORMS = ("6.12.117", "5.10.0-28-amd64", "7.2-rc3", "6.8.0-45-generic", "v5.15",
                   "pci-next", "leon")
 
@@ -359,7 +381,8 @@ class ProfileChoice:
 
 def _accepted_hint() -> str:
     return ("accepted: a kernel release such as " + ", ".join(ACCEPTED_FORMS)
-            + f"; releases from 4.20 (P2PDMA's first) up to 7.3; profiles: {', '.join(PROFILES)}")
+            + "; releases from 4.20 (P2PDMA's first); newer than 7.3 uses the newest profile; "
+            + f"profiles: {', '.join(PROFILES)}")
 
 
 def profile_for_version(text: str) -> KernelProfile:
@@ -374,14 +397,25 @@ def profile_for_version(text: str) -> KernelProfile:
     if ver < (4, 20):
         raise InputError(f"kernel {text!r} predates P2PDMA (added in v4.20)",
                          hint=_accepted_hint())
-    if ver > (7, 3):
-        raise InputError(f"kernel {text!r} is newer than anything this model knows "
-                         "(newest: pci/next of Aug 2026, queued for 7.3)", hint=_accepted_hint())
+    if ver > NEWEST_KNOWN:  # resolve_profile() says so in its reason
+        return PROFILES[DEFAULT_PROFILE_KEY]
     best = TIMELINE[0]
     for r in TIMELINE:
         if r.version <= ver:
             best = r
+    if best.key == "7.1" and m[3] is not None and int(m[3]) > 0:
+        return PROFILES["7.1.y"]
     return PROFILES[best.key]
+
+
+def newer_than_known(text: str) -> str | None:
+    """A note when ``text`` is a release newer than the newest profile, else None."""
+    m = _VER_RE.match(text.strip())
+    if not m or (int(m[1]), int(m[2])) <= NEWEST_KNOWN:
+        return None
+    return (f"{text.strip()} is newer than anything this model knows (newest: pci/next of "
+            "Aug 2026, queued for 7.3): using that newest profile; changes made after Aug "
+            "2026 are not modelled")
 
 
 def resolve_profile(release: str | None, override: str | None = None) -> ProfileChoice:
@@ -389,10 +423,14 @@ def resolve_profile(release: str | None, override: str | None = None) -> Profile
     else the default (newest, spec §0.3).  ``reason`` says which and why."""
     if override:
         p = profile_for_version(override)
-        return ProfileChoice(p, f"--kernel {override} -> profile {p.name}")
+        extra = newer_than_known(override)
+        return ProfileChoice(p, f"--kernel {override} -> profile {p.name}"
+                             + (f"; NOTE: {extra}" if extra else ""))
     if release:
         p = profile_for_version(release)
-        return ProfileChoice(p, f"from the source's kernel release {release} -> profile {p.name}")
+        extra = newer_than_known(release)
+        return ProfileChoice(p, f"from the source's kernel release {release} -> profile {p.name}"
+                             + (f"; NOTE: {extra}" if extra else ""))
     p = PROFILES[DEFAULT_PROFILE_KEY]
     return ProfileChoice(p, f"no kernel release known: default profile {p.name} (newest, "
                             "spec §0.3); pass --kernel to choose")

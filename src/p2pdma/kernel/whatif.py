@@ -11,8 +11,12 @@ function with an ACS capability, in the kernel's order:
   1. IOMMU on: ctrl = firmware | (cap & (SV|RR|CR|UF))
   2. pci=disable_acs_redir= matches: 6.11+ ctrl = firmware & ~(RR|CR|EC) (the IOMMU's
      SV/UF are lost too, §13.2); before 6.11 ctrl &= ~(RR|CR|EC) (they are kept)
-  3. pci=config_acs= matches (6.11+): ctrl = (firmware & ~mask) | bits  (x = firmware)
-     so config_acs wins over disable_acs_redir on the same port (§13.3)
+  3. pci=config_acs= (6.11+): the first entry whose device matches decides;
+     written = (firmware & ~mask) | bits  (x = firmware), so config_acs wins over
+     disable_acs_redir on the same port (§13.3).  No capability check: the port
+     reads back ``written & capability``.  More than 7 flags: "Invalid ACS flags
+     specified", nothing changes.
+  pci_setup() keeps one pointer per option: a repeated option's last value counts.
   4. --acs BDF=VALUE: a setpci after boot, written as given.
 """
 
@@ -40,6 +44,7 @@ from p2pdma.kernel.profiles import KernelProfile, resolve_profile
 
 IOMMU_ACS_BITS = ACS_SV | ACS_RR | ACS_CR | ACS_UF  # pci_std_enable_acs()
 REDIRECT_BITS = ACS_RR | ACS_CR | ACS_EC
+ACS_FLAG_MASK = 0x7F  # SV|TB|RR|CR|UF|EC|DT: the only bits __pci_config_acs() accepts
 
 
 @dataclass(frozen=True)
@@ -75,15 +80,24 @@ def parse_cpu(text: str) -> dict[str, object]:
     if name not in _CPU_VENDORS:
         raise InputError(f"--cpu {text!r}: unknown CPU",
                          hint="use amd[:FAMILY], intel, hygon[:FAMILY], zhaoxin or arm64, "
-                              "e.g. amd:0x19 (FAMILY in hex with 0x, or decimal)")
+                              "e.g. amd:0x19 (FAMILY in hex as 0x19 or 19h, or decimal as "
+                              "/proc/cpuinfo prints it: 25)")
     family = _CPU_DEFAULT_FAMILY[name]
     if fam:
-        try:
-            family = int(fam, 0)
-        except ValueError:
-            raise InputError(f"--cpu {text!r}: family {fam!r} is not a number",
-                             hint="e.g. amd:0x17 or amd:23") from None
+        family = _parse_family(text, fam)
     return {"arch": "x86_64", "cpu_vendor": _CPU_VENDORS[name], "cpu_family": family}
+
+
+def _parse_family(text: str, fam: str) -> int:
+    """``0x19`` and ``19h`` are hex (AMD's own notation); a bare number is decimal, as
+    /proc/cpuinfo prints it (``cpu family : 25`` is family 0x19)."""
+    hexa = re.fullmatch(r"(?:0x([0-9a-f]+)|([0-9a-f]+)h)", fam)
+    if hexa:
+        return int(hexa[1] or hexa[2], 16)
+    if re.fullmatch(r"[0-9]+", fam):
+        return int(fam, 10)
+    raise InputError(f"--cpu {text!r}: family {fam!r} is not a number",
+                     hint="hex as 0x19 or 19h, or decimal as /proc/cpuinfo prints it (25)")
 
 
 # ---------------------------------------------------------------------------
@@ -183,32 +197,45 @@ def parse_config_acs_bits(s: str) -> tuple[int, int]:
     return mask, bits
 
 
+ACS_FLAG_CHARS = 7  # SV TB RR CR UF EC DT: the bits __pci_config_acs() accepts
+
+
 def parse_cmdline(cmdline: str, profile: KernelProfile | None) -> AcsParams:
     """Find ``pci=`` options the way the kernel's pci_setup() does: ',' separates
-    options, ';' separates devices inside one option."""
+    options, ';' separates devices inside one option.  pci_setup() keeps one pointer
+    per option, so when an option appears again (in the same or a later ``pci=``
+    word) only its last value takes effect."""
     try:
         words = shlex.split(cmdline)
     except ValueError as e:
         raise InputError(f"cannot split the command line: {e}") from None
     dar: list[DevSpec] = []
     cfg: list[ConfigAcs] = []
+    seen: dict[str, str] = {}
     notes: list[str] = []
     for w in words:
         if not w.startswith("pci="):
             continue
         for opt in w[4:].split(","):
+            name = opt.partition("=")[0]
+            if name in ("disable_acs_redir", "config_acs"):
+                if name in seen:
+                    notes.append(f"pci={name}= given again: only the last value takes effect "
+                                 f"(pci_setup keeps one pointer); {seen[name]!r} is ignored")
+                seen[name] = opt
             if opt.startswith("disable_acs_redir="):
                 if profile is not None and not profile.disable_acs_redir:
                     notes.append(f"pci=disable_acs_redir= does not exist in {profile.name}: "
                                  "ignored (PCI: Unknown option)")
                     continue
-                for item in filter(None, opt[len("disable_acs_redir="):].split(";")):
-                    dar.append(parse_devspec(item))
+                dar = [parse_devspec(item)
+                       for item in filter(None, opt[len("disable_acs_redir="):].split(";"))]
             elif opt.startswith("config_acs="):
                 if profile is not None and not profile.config_acs:
                     notes.append(f"pci=config_acs= does not exist in {profile.name} (from "
                                  "v6.11): ignored (PCI: Unknown option)")
                     continue
+                cfg = []
                 for item in filter(None, opt[len("config_acs="):].split(";")):
                     flags, at, dev = item.partition("@")
                     if not at:
@@ -250,7 +277,8 @@ def apply_whatif(fabric: Fabric, whatif: WhatIf) -> tuple[Fabric, list[str]]:
         out = out.with_host(**fields)
         vendor = fields["cpu_vendor"] or fields["arch"]
         fam = fields["cpu_family"]
-        notes.append(f"cpu: {vendor}" + (f" family {fam:#x}" if isinstance(fam, int) else ""))
+        notes.append(f"cpu: {vendor}" + (f" family {fam:#x} (decimal {fam}, as /proc/cpuinfo "
+                                         "shows it)" if isinstance(fam, int) else ""))
     was_on = _iommu_on(fabric.host.iommu)
     now_on = was_on if whatif.iommu is None else whatif.iommu
     if whatif.iommu is not None and fabric.host.iommu is None:
@@ -295,10 +323,16 @@ def _recompute_acs(out: Fabric, orig: Fabric, was_on: bool, now_on: bool, params
                      "IOMMU setup sets (SV|RR|CR|UF); firmware may have set some itself")
     changed = 0
     funcs = []
+    matched: set[str] = set()
     for f in out.functions:
+        dar_hit = [sp for sp in params.disable_acs_redir if devspec_matches(out, sp, f)]
+        matched.update(sp.text for sp in dar_hit)
+        # __pci_config_acs() stops at the first entry whose device matches
+        ca = next((x for x in params.config_acs if devspec_matches(out, x.spec, f)), None)
+        if ca is not None:
+            matched.add(ca.text)
         if f.acs is None:
-            if (not generic and f.acs_unknown is None
-                    and any(devspec_matches(out, s, f) for s in params.disable_acs_redir)):
+            if not generic and f.acs_unknown is None and dar_hit:
                 notes.append(f"pci {f.bdf}: cannot disable ACS redirect for this hardware "
                              "as it does not have ACS capabilities")
             funcs.append(f)
@@ -306,24 +340,37 @@ def _recompute_acs(out: Fabric, orig: Fabric, was_on: bool, now_on: bool, params
         cap = f.acs.capability
         fw = f.acs.control & ~(cap & IOMMU_ACS_BITS) if was_on else f.acs.control
         ctrl = fw | (cap & IOMMU_ACS_BITS) if now_on else fw
-        if any(devspec_matches(out, s, f) for s in params.disable_acs_redir):
+        if dar_hit:
             ctrl = (fw if generic else ctrl) & ~REDIRECT_BITS
             notes.append(f"pci {f.bdf}: " + (f"Configured ACS to {ctrl:#06x}" if generic
                                             else "disabled ACS redirect"))
-        for ca in params.config_acs:
-            if devspec_matches(out, ca.spec, f):
-                unsupported = ca.bits & ca.mask & ~cap
-                if unsupported:
-                    names = [n for n, b in ACS_BITS if b & unsupported]
-                    notes.append(f"pci {f.bdf}: config_acs {ca.text!r} asks for unsupported "
-                                 f"ACS bits {'|'.join(names)}: not applied")
-                    continue
-                ctrl = (fw & ~ca.mask) | (ca.bits & ca.mask)
-                notes.append(f"pci {f.bdf}: Configured ACS to {ctrl:#06x}")
+        if ca is not None:
+            flags = ca.text.partition("@")[0]
+            if len(flags) > ACS_FLAG_CHARS or ca.mask & ~ACS_FLAG_MASK:
+                notes.append(f"pci {f.bdf}: Invalid ACS flags specified ({flags!r}: more than "
+                             f"{ACS_FLAG_CHARS} flags; bits beyond DT are unsupported by the "
+                             "kernel): config_acs changes nothing here")
+            else:
+                written = (fw & ~ca.mask) | (ca.bits & ca.mask)
+                ctrl = written & cap  # unsupported bits are hardwired to 0 (§13.4)
+                notes.append(f"pci {f.bdf}: Configured ACS to {written:#06x}")
+                lost = written & ~cap
+                if lost:
+                    names = [n for n, b in ACS_BITS if b & lost]
+                    notes.append(f"pci {f.bdf}: config_acs {ca.text!r} sets ACS bits "
+                                 f"{'|'.join(names)} the port does not support (capability "
+                                 f"{cap:#06x}); the kernel writes them anyway, the port reads "
+                                 f"back {ctrl:#06x}")
         if ctrl != f.acs.control:
             changed += 1
             funcs.append(dataclasses.replace(f, acs=dataclasses.replace(f.acs, control=ctrl)))
         else:
             funcs.append(f)
+    for opt, texts in (("disable_acs_redir", [sp.text for sp in params.disable_acs_redir]),
+                       ("config_acs", [x.text for x in params.config_acs])):
+        for t in texts:
+            if t not in matched:
+                notes.append(f"warning: pci={opt}= entry {t!r} matches no device in this "
+                             "fabric: it changes nothing")
     notes.append(f"ACS Control recomputed: {changed} function(s) changed")
     return dataclasses.replace(out, functions=tuple(funcs))
