@@ -171,13 +171,17 @@ def fetch_source_deb(spec: KernelSpec, log: Log = print) -> Path:
             hint=f"place {name} in {dl}",
         )
     log(f"oracle: downloading {spec.package}={spec.version}")
-    proc = subprocess.run(
-        ["apt-get", "download", f"{spec.package}={spec.version}"],
-        cwd=dl,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+
+    def download() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["apt-get", "download", f"{spec.package}={spec.version}"],
+                              cwd=dl, capture_output=True, text=True, check=False)
+
+    proc = download()
+    if (proc.returncode != 0 or not deb.is_file()) and os.geteuid() == 0:
+        # A fresh machine may have stale or no package lists: refresh once, retry.
+        log("oracle: refreshing the package lists (apt-get update)")
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False)
+        proc = download()
     if proc.returncode != 0 or not deb.is_file():
         raise OracleError(
             f"the archive no longer offers {spec.package} version {spec.version} "
