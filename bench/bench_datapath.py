@@ -94,8 +94,8 @@ def main() -> int:
 
         # The same copy between the same two mappings with no engine at all: separates
         # the engine's cost from the memory's (shmem vs heap pages).
-        src_mm = m.devices[cmb_a].backings[2]._mapping()
-        dst_mm = m.devices[cmb_b].backings[2]._mapping()
+        src_mm = m.devices[cmb_a].backings[2].mapping_locked()
+        dst_mm = m.devices[cmb_b].backings[2].mapping_locked()
         bar_a, bar_b = m.fabric.get(cmb_a).bar(2), m.fabric.get(cmb_b).bar(2)
         assert bar_a is not None and bar_b is not None
         s_off = m.kva_to_phys(ka) - bar_a.start
