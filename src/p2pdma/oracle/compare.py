@@ -100,7 +100,11 @@ def compare_capture(capture: Path, *, profile_override: str | None = None) -> Co
     sources: Any = importlib.import_module("p2pdma.sources")
     data = load_capture(capture)
     variant = str(data["variant"])
-    fabric = sources.read_sysfs(capture / "root")
+    # The guest's own `p2pdma gather` snapshot when there is one (what the project
+    # itself captures); otherwise the init script's copy of the sysfs files.
+    snap = capture / "snapshot.zip"
+    fabric = (sources.read_snapshot(snap) if snap.is_file()
+              else sources.read_sysfs(capture / "root"))
     choice = kernel.resolve_profile(data["kernel_release"], profile_override)
     profile = choice.profile
     res = Comparison(variant)

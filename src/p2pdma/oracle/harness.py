@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -104,6 +105,23 @@ class HarnessResult:
     total_seconds: float = 0.0
 
 
+#: the snapshot the project's own ``p2pdma gather`` writes inside each guest
+SNAPSHOT = "snapshot.zip"
+
+
+def gather_script() -> str:
+    """Guest commands: run this project's ``gather`` on the guest's own sysfs.
+
+    The guest chroots into this host's ``/`` (shared read-only), so the same
+    interpreter and checkout run there; the snapshot lands on the writable share.
+    """
+    import shlex
+
+    return ("cd /\nexport PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/tmp\n"
+            + shlex.join([sys.executable, "-m", "p2pdma", "gather", "-o", f"/mnt/{SNAPSHOT}"])
+            + "\n")
+
+
 def default_workdir(series: str) -> Path:
     return cache_root() / "runs" / series
 
@@ -131,7 +149,8 @@ def run(series: str = "6.12", *, variants: Sequence[Topology] | None = None,
         g = None
         for attempt in range(1, attempts + 1):
             try:
-                g = boot(topo, kb, initrd, vdir / "guest", timeout=timeout)
+                g = boot(topo, kb, initrd, vdir / "guest", timeout=timeout,
+                         commands=gather_script())
                 break
             except OracleError as e:
                 # keep the failed console; a rare early guest reset under TCG was seen once
@@ -144,6 +163,17 @@ def run(series: str = "6.12", *, variants: Sequence[Topology] | None = None,
         if g is None:
             result.failures.append(f"{topo.name}: did not finish in {attempts} attempts")
             continue
+        snap = g.outdir / SNAPSHOT
+        if not snap.is_file():
+            out = g.outdir / "commands.out"
+            tail = out.read_text(errors="replace")[-400:] if out.is_file() else "no output"
+            result.failures.append(f"{topo.name}: `p2pdma gather` in the guest wrote no "
+                                   f"snapshot: {tail.strip()}")
+            log(f"oracle: [{i}/{len(topos)}] {topo.name}: gather failed: {tail.strip()}")
+            continue
+        shutil.copy2(snap, vdir / SNAPSHOT)
+        # The init script's own minimal copy of sysfs stays as a fallback for reading
+        # captures whose snapshot is missing; comparisons use the gather snapshot.
         root = vdir / "root"
         if root.exists():
             shutil.rmtree(root)
@@ -187,11 +217,15 @@ def run(series: str = "6.12", *, variants: Sequence[Topology] | None = None,
 
 #: files of a capture's root tree kept in a fixture (the rest of the guest is not needed)
 def save_fixture(capture: Path, dest: Path) -> None:
-    """Copy a capture (``root/`` + ``kernel.json``) into a fixture directory."""
+    """Copy a capture into a fixture directory: the guest's ``gather`` snapshot and
+    ``kernel.json`` (the init script's raw tree only when there is no snapshot)."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    shutil.copytree(capture / "root", dest / "root", symlinks=True)
+    if (capture / SNAPSHOT).is_file():
+        shutil.copy2(capture / SNAPSHOT, dest / SNAPSHOT)
+    else:
+        shutil.copytree(capture / "root", dest / "root", symlinks=True)
     shutil.copy2(capture / "kernel.json", dest / "kernel.json")
 
 
