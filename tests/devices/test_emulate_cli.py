@@ -63,3 +63,17 @@ def test_missing_device_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> 
     rc = main(["emulate", "nvmeof-write", "--sample", "qemu-q35", "--size", "256K"])
     err = capsys.readouterr().err
     assert rc == 2 and "no network controller" in err and "hint:" in err
+
+
+def test_link_bound_prediction_explains_why_p2p_is_not_faster(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["emulate", "nvmeof-write", "--sample", "xeon-2s", "--size", "1M", "--chunk", "256K",
+            "--color", "never"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "note: both paths are limited by a device link" in out
+    # With slow host memory the bounce is the bottleneck, and no such note appears.
+    assert main([*args, "--host-mem", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "note: both paths are limited" not in out
+    assert "host-memory" in out
