@@ -136,7 +136,7 @@ def boot(topo: Topology, kb: KernelBuild, initramfs: Path, outdir: Path,
     """Boot ``topo`` once; raises :class:`OracleError` unless the guest finished.
 
     ``commands`` (a shell script) runs after the oracle queries, chrooted into the
-    host's ``/`` shared read-only (guest /proc, /sys, /dev, a tmpfs /tmp mounted in it;
+    host's ``/`` shared read-only (guest /proc, /sys, /dev, a tmpfs /run mounted in it for scratch;
     the writable share at ``/mnt``); namespaces are then file-backed.  Its output is
     ``commands.out`` in ``outdir`` (last line ``rc <exit status>``).
     """

@@ -105,6 +105,10 @@ class HarnessResult:
     total_seconds: float = 0.0
 
 
+#: environment of guest commands; /run is the chroot's scratch tmpfs (see init.sh)
+GUEST_ENV = ("cd /\nexport PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin "
+             "HOME=/run TMPDIR=/run\n")
+
 #: the snapshot the project's own ``p2pdma gather`` writes inside each guest
 SNAPSHOT = "snapshot.zip"
 
@@ -117,7 +121,7 @@ def gather_script() -> str:
     """
     import shlex
 
-    return ("cd /\nexport PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/tmp\n"
+    return (GUEST_ENV
             + shlex.join([sys.executable, "-m", "p2pdma", "gather", "-o", f"/mnt/{SNAPSHOT}"])
             + "\n")
 
@@ -250,7 +254,7 @@ def run_in_guest(topo: Topology, argv: Sequence[str], *, series: str = "6.12",
 
     kb = ensure_kernel(series, log=log)
     initrd = build_initramfs(ensure_module(kb, log=log))
-    script = ("cd /\nexport PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/tmp\n"
+    script = (GUEST_ENV
               + shlex.join(argv) + "\n")
     out = (workdir or cache_root() / "guest-runs" / series) / topo.name
     g = boot(topo, kb, initrd, out, timeout=timeout, commands=script)

@@ -124,7 +124,9 @@ if [ -f /out/commands.sh ]; then
         mount -t sysfs sysfs $H/sys
         mount -t debugfs debugfs $H/sys/kernel/debug
         mount -t devtmpfs devtmpfs $H/dev
-        mount -t tmpfs tmpfs $H/tmp
+        # Scratch space on /run, not /tmp: a checkout (and its venv) may live under
+        # the host's /tmp, and a tmpfs there would hide it from the chroot.
+        mount -t tmpfs tmpfs $H/run
         mount --bind /out $H/mnt
         chroot $H /bin/sh /mnt/commands.sh > /out/commands.out 2>&1
         echo "rc $?" >> /out/commands.out
