@@ -52,3 +52,27 @@ def test_samples_listing(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["samples", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {s["name"] for s in data["samples"]} == set(SAMPLES)
+
+
+def test_vfs_hang_under_their_pf_once(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from p2pdma.fabric.bdf import Bdf
+    from p2pdma.fabric.builder import FabricBuilder
+    from p2pdma.sources.fabricfile import save_fabric_file
+
+    b = FabricBuilder()
+    hb = b.host_bridge()
+    rp = b.root_port(hb)
+    pf = b.endpoint(rp, vendor=0x15B3, device=0x101B, class_code=0x020000)
+    for fn in (1, 2):  # VFs sit behind the same bridge as their PF, as sysfs shows them
+        b.endpoint(rp, vendor=0x15B3, device=0x101C, class_code=0x020000, fn=fn, physfn=pf)
+    fabric = b.build()
+    p = tmp_path / "vf.toml"
+    save_fabric_file(fabric, p)
+    assert main(["topo", "--fabric", str(p), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    devices = [d for hb in data["tree"] for d in hb["devices"]]
+    assert _count(devices) == len(fabric.functions)
+    port = devices[1]
+    assert [c["bdf"] for c in port["children"]] == [str(pf)]
+    assert [c["bdf"] for c in port["children"][0]["children"]] == [
+        str(Bdf(0, 1, 0, 1)), str(Bdf(0, 1, 0, 2))]

@@ -13,6 +13,7 @@ from p2pdma.cli.common import (
     root_path,
     style_for,
 )
+from p2pdma.fabric.bdf import Bdf
 from p2pdma.fabric.model import (
     ACS_CR,
     ACS_EC,
@@ -107,12 +108,25 @@ def _details(f: PciFunction, st: Style) -> list[str]:
     return out
 
 
+def tree_children(fabric: Fabric) -> dict[Bdf, list[PciFunction]]:
+    """What hangs below each function in the tree: the functions behind a bridge,
+    then a PF's VFs.  Computed once per rendering (one pass, not one scan per node)."""
+    kids: dict[Bdf, list[PciFunction]] = {}
+    for g in fabric.functions:
+        if g.parent is not None and g.physfn is None:
+            kids.setdefault(g.parent, []).append(g)
+    for g in fabric.functions:
+        if g.physfn is not None:
+            kids.setdefault(g.physfn, []).append(g)
+    return kids
+
+
 def build_tree(fabric: Fabric, ids: PciIds, st: Style) -> list[TreeNode]:
+    kids = tree_children(fabric)
+
     def node(f: PciFunction) -> TreeNode:
         n = TreeNode(_label(f, ids, st), _details(f, st))
-        kids = [fabric.get(b) for b in fabric.children(f.bdf)]
-        kids += [g for g in fabric.functions if g.physfn == f.bdf]
-        n.children = [node(k) for k in kids]
+        n.children = [node(k) for k in kids.get(f.bdf, [])]
         return n
 
     roots = []
@@ -127,7 +141,8 @@ def build_tree(fabric: Fabric, ids: PciIds, st: Style) -> list[TreeNode]:
     return roots
 
 
-def _node_json(f: PciFunction, fabric: Fabric, ids: PciIds) -> dict[str, Any]:
+def _node_json(f: PciFunction, kids: dict[Bdf, list[PciFunction]],
+               ids: PciIds) -> dict[str, Any]:
     acs: dict[str, Any] | None = None
     if f.acs is not None:
         acs = {
@@ -138,8 +153,6 @@ def _node_json(f: PciFunction, fabric: Fabric, ids: PciIds) -> dict[str, Any]:
             "ctrl_bits": decode_acs_bits(f.acs.control),
             "redirect": bool(f.acs.control & REDIRECT),
         }
-    kids = [fabric.get(b) for b in fabric.children(f.bdf)]
-    kids += [g for g in fabric.functions if g.physfn == f.bdf]
     return {
         "bdf": str(f.bdf),
         "id": f.vendor_device,
@@ -157,11 +170,12 @@ def _node_json(f: PciFunction, fabric: Fabric, ids: PciIds) -> dict[str, Any]:
         "cmb": None if f.nvme is None or f.nvme.cmb is None else {
             "size": f.nvme.cmb.size, "bar": f.nvme.cmb.bar, "offset": f.nvme.cmb.offset,
             **{k.lower(): v for k, v in f.nvme.cmb.flags.items()}},
-        "children": [_node_json(k, fabric, ids) for k in kids],
+        "children": [_node_json(k, kids, ids) for k in kids.get(f.bdf, [])],
     }
 
 
 def topo_json(fabric: Fabric, ids: PciIds) -> dict[str, Any]:
+    kids = tree_children(fabric)
     return {
         "schema": SCHEMA,
         "origin": fabric.origin,
@@ -170,7 +184,7 @@ def topo_json(fabric: Fabric, ids: PciIds) -> dict[str, Any]:
         "tree": [
             {"host_bridge": hb.name, "domain": hb.domain, "bus": hb.bus,
              "numa_node": hb.numa_node,
-             "devices": [_node_json(f, fabric, ids) for f in fabric.root_bus_devices(hb)]}
+             "devices": [_node_json(f, kids, ids) for f in fabric.root_bus_devices(hb)]}
             for hb in fabric.host_bridges
         ],
         "fabric": fabric_to_dict(fabric),
