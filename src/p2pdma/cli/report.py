@@ -25,9 +25,10 @@ from p2pdma.cli.matrix import render_text as matrix_text
 from p2pdma.cli.matrix import to_json as matrix_json
 from p2pdma.cli.topo import build_tree, topo_json
 from p2pdma.errors import InputError
-from p2pdma.fabric.model import Fabric
+from p2pdma.fabric.model import Fabric, PciFunction
 from p2pdma.kernel.engine import calc_map_type_and_dist
 from p2pdma.kernel.explain import explain
+from p2pdma.kernel.matrix import is_endpoint
 from p2pdma.render import human_bytes, table, tree
 from p2pdma.sources.pciids import load_pci_ids
 
@@ -47,9 +48,13 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def offers_p2p_memory(f: PciFunction) -> bool:
+    """A p2pmem pool, or an NVMe CMB (registered or not: worth showing either way)."""
+    return f.p2pmem is not None or (f.nvme is not None and f.nvme.cmb is not None)
+
+
 def providers_of(fabric: Fabric) -> list[str]:
-    return [str(f.bdf) for f in fabric.functions
-            if f.p2pmem is not None or (f.nvme is not None and f.nvme.cmb is not None)]
+    return [str(f.bdf) for f in fabric.functions if offers_p2p_memory(f)]
 
 
 def _explicit_source(args: argparse.Namespace) -> bool:
@@ -116,9 +121,9 @@ def run(args: argparse.Namespace) -> int:
 def _providers_table(ctx: Context) -> str:
     rows = []
     for f in ctx.fabric.functions:
-        cmb = f.nvme.cmb if f.nvme else None
-        if f.p2pmem is None and cmb is None:
+        if not offers_p2p_memory(f):
             continue
+        cmb = f.nvme.cmb if f.nvme else None
         if f.p2pmem is not None:
             state = (f"pool {human_bytes(f.p2pmem.size)}, {human_bytes(f.p2pmem.available)} free, "
                      + ("published" if f.p2pmem.published else "NOT published"))
@@ -139,8 +144,7 @@ def _example_story(ctx: Context) -> str | None:
                 None)
     if prov is None:
         return None
-    others = [f.bdf for f in fab.functions if f.bdf != prov and f.driver
-              and not f.is_bridge and (f.class_code >> 16) != 0x06]
+    others = [f.bdf for f in fab.functions if f.bdf != prov and f.driver and is_endpoint(f)]
     if not others:
         return None
     results = [calc_map_type_and_dist(fab, ctx.profile, prov, c, verbose=True) for c in others]
