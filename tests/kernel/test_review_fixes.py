@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from kfabrics import A1, AMD19, DSP0, INTEL, RP1, A, B, C, D, topology_t
-from test_review_adversarial import _random_fabric
+from test_review_adversarial import _random_fabric, assert_matrix_matches_calc
 
 from p2pdma.cli import check, explain, find
 from p2pdma.fabric.model import Fabric, HostContext, IommuMode
@@ -294,13 +294,7 @@ def test_matrix_matches_calc_53_and_71y(seed: int) -> None:
     f, eps = _random_fabric(random.Random(seed))
     if seed % 2:
         f = f.with_host(iommu=None)
-    for key in ("5.3", "7.1.y"):
-        prof = PROFILES[key]
-        m = compute_matrix(f, prof, eps, eps)
-        for i, x in enumerate(eps):
-            for j, y in enumerate(eps):
-                r = calc_map_type_and_dist(f, prof, x, y, verbose=False)
-                assert (m.map_types[i][j], m.dists[i][j]) == (r.map_type, r.dist), (key, x, y)
+    assert_matrix_matches_calc(f, eps, ("5.3", "7.1.y"))
 
 
 # ---------------------------------------------------------------------------
